@@ -374,20 +374,41 @@ class KVCache:
     and returns everything cached so far; ``length`` counts the cached positions; ``reset()``
     empties it. Memory: 2 · B · H_kv · T · D numbers per layer (see ``bytes_per_token``).
     ``max_len`` (optional) raises an error instead of growing past it.
+
+    The keys and values live in a buffer with room to spare, written in place: ``max_len``
+    positions when it is given (a model knows its block size), otherwise the capacity doubles
+    as needed. Appending by ``torch.cat`` instead would copy the whole cache at every step,
+    O(T²) copying over a generation. ``k`` and ``v`` are views of the filled part. While
+    autograd records (training through a cache), it falls back to ``torch.cat``, since writing
+    in place would change tensors that the backward pass still needs.
     """
 
     def __init__(self, max_len: int | None = None):
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
         self.max_len = max_len
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+        self._k: torch.Tensor | None = None  # (B, H_kv, capacity, D)
+        self._v: torch.Tensor | None = None
+        self._len = 0
+
+    @property
+    def k(self) -> torch.Tensor | None:
+        """Cached keys ``(B, H_kv, T, D)`` (a view of the buffer), or None when empty."""
+        return None if self._k is None else self._k[:, :, :self._len]
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        """Cached values ``(B, H_kv, T, D)`` (a view of the buffer), or None when empty."""
+        return None if self._v is None else self._v[:, :, :self._len]
 
     @property
     def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[-2]
+        return self._len
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
+        """Bytes of the cached positions (the buffer may hold spare room beyond them)."""
+        return 0 if self._k is None else self.k.nbytes + self.v.nbytes
 
     @staticmethod
     def bytes_per_token(n_layer: int, n_kv_head: int, head_dim: int, bytes_per_number: int = 2) -> int:
@@ -400,22 +421,36 @@ class KVCache:
                 raise ValueError(f"{name} must be a (B, H_kv, T_new, D) tensor, got {getattr(t, 'shape', type(t).__name__)}")
         if k.shape != v.shape or k.dtype != v.dtype:
             raise ValueError(f"k and v must have the same shape and dtype, got {tuple(k.shape)} {k.dtype} and {tuple(v.shape)} {v.dtype}")
-        if self.max_len is not None and self.length + k.shape[-2] > self.max_len:
-            raise ValueError(f"cache holds {self.length} positions; adding {k.shape[-2]} exceeds max_len={self.max_len}")
-        if self.k is None:
-            self.k, self.v = k, v
+        T_new, T = k.shape[-2], self._len
+        if self.max_len is not None and T + T_new > self.max_len:
+            raise ValueError(f"cache holds {T} positions; adding {T_new} exceeds max_len={self.max_len}")
+        if self._k is not None and (k.shape[:2] != self._k.shape[:2] or k.shape[-1] != self._k.shape[-1]
+                                    or k.dtype != self._k.dtype or k.device != self._k.device):
+            raise ValueError(
+                f"new keys {tuple(k.shape)} {k.dtype} do not match the cache "
+                f"(B, H_kv, T, D) = {tuple(self.k.shape)} {self._k.dtype}"
+            )
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            # autograd is recording: no in-place writes, append by concatenation
+            self._k = k if self._k is None else torch.cat([self.k, k], dim=-2)  # (B, H_kv, T + T_new, D)
+            self._v = v if self._v is None else torch.cat([self.v, v], dim=-2)  # (B, H_kv, T + T_new, D)
         else:
-            if k.shape[:2] != self.k.shape[:2] or k.shape[-1] != self.k.shape[-1] or k.dtype != self.k.dtype:
-                raise ValueError(
-                    f"new keys {tuple(k.shape)} {k.dtype} do not match the cache "
-                    f"(B, H_kv, T, D) = {tuple(self.k.shape)} {self.k.dtype}"
-                )
-            self.k = torch.cat([self.k, k], dim=-2)  # (B, H_kv, T + T_new, D)
-            self.v = torch.cat([self.v, v], dim=-2)  # (B, H_kv, T + T_new, D)
+            capacity = 0 if self._k is None else self._k.shape[-2]
+            if T + T_new > capacity:  # (re)allocate: max_len, or double the room
+                capacity = self.max_len or max(2 * capacity, T + T_new, 16)
+                B, G, _, D = k.shape
+                new_k, new_v = (k.new_empty(B, G, capacity, D) for _ in range(2))  # (B, H_kv, capacity, D)
+                if T:
+                    new_k[:, :, :T], new_v[:, :, :T] = self.k, self.v
+                self._k, self._v = new_k, new_v
+            self._k[:, :, T:T + T_new] = k
+            self._v[:, :, T:T + T_new] = v
+        self._len = T + T_new
         return self.k, self.v
 
     def reset(self) -> None:
-        self.k = self.v = None
+        self._k = self._v = None
+        self._len = 0
 
     def __repr__(self) -> str:
         shape = None if self.k is None else tuple(self.k.shape)
@@ -432,6 +467,14 @@ def _attend(q, k, v, allowed, bias, causal, need_weights, dropout_p, drop: nn.Mo
     ``F.scaled_dot_product_attention``; otherwise lama's own. Rows with no allowed key give zeros.
     """
     T_q, T_k = q.shape[-2], k.shape[-2]
+    if not need_weights and bias is None and allowed is None:
+        # No explicit mask: PyTorch's kernel needs none, or builds the causal one itself. A single
+        # query (decoding with a cache) sits after every key, so causality masks nothing; with
+        # T_q == T_k the kernel's top-left causal mask is the bottom-right one.
+        if not causal or T_q == 1:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p), None
+        if T_q == T_k:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None
     if causal:
         c = causal_mask(T_q, T_k, device=q.device)  # (i, j)
         allowed_all = c if allowed is None else allowed & c
@@ -442,11 +485,6 @@ def _attend(q, k, v, allowed, bias, causal, need_weights, dropout_p, drop: nn.Mo
         if drop.training and dropout_p > 0:
             out = drop(w) @ v  # (B, H, i, D)
         return out, w
-    if bias is None and allowed is None:
-        # No explicit mask: let the kernel build the causal one (top-left == bottom-right when T_q == T_k).
-        if not causal or T_q == T_k:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal and T_q > 1), None
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed_all, dropout_p=dropout_p), None
     attn_mask = allowed_all
     if bias is not None:
         attn_mask = bias.to(q.dtype)

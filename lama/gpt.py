@@ -211,7 +211,7 @@ class GPT(nn.Module):
             elif caches is not None and out.shape[1] <= bs:
                 logits, _ = self(out[:, -1:], kv_caches=caches, last_only=True)  # one new position
             else:  # first step, or the window slid past block_size: (re)fill the caches
-                caches = [KVCache() for _ in self.transformer.h]
+                caches = [KVCache(max_len=bs) for _ in self.transformer.h]
                 logits, _ = self(out[:, -bs:], kv_caches=caches, last_only=True)
             nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, do_sample, generator)  # (B, 1)
             out = torch.cat([out, nxt], dim=1)  # (B, T + 1)

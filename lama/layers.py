@@ -1,8 +1,9 @@
 """The transformer block: normalisation, the feed-forward network, and the residual stream.
 
-Covers (chapter 6): ``LayerNorm`` and ``RMSNorm`` written out (equal to ``nn.LayerNorm`` and
-``nn.RMSNorm``); the activations ``relu``, ``gelu`` (exact, and the tanh approximation GPT-2
-uses) and ``silu``; the position-wise feed-forward network ``MLP`` and its gated variant
+Covers (chapter 6): ``layer_norm`` and ``rms_norm`` written out, and the modules ``LayerNorm``
+and ``RMSNorm`` (equal to ``nn.LayerNorm`` and ``nn.RMSNorm``); the activations ``relu``,
+``gelu`` (exact, and the tanh approximation GPT-2 uses) and ``silu`` written out — the
+modules call PyTorch's fused kernels for the same functions, a test ties each pair; the position-wise feed-forward network ``MLP`` and its gated variant
 ``SwiGLU``; ``Block``, one transformer layer — attention then feed-forward, each reading
 from and adding into the residual stream — in pre-LN or post-LN form, with residual
 connections that can be switched off for experiments; and ``init_weights``, GPT-2's
@@ -20,11 +21,12 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lama.attention import MultiHeadAttention
 
 __all__ = [
-    "LayerNorm", "RMSNorm", "relu", "gelu", "silu", "ACTIVATIONS", "MLP", "SwiGLU",
+    "LayerNorm", "RMSNorm", "layer_norm", "rms_norm", "relu", "gelu", "silu", "ACTIVATIONS", "MLP", "SwiGLU",
     "swiglu_hidden", "Block", "init_weights",
 ]
 
@@ -56,6 +58,9 @@ class LayerNorm(nn.Module):
     and shifted by a learned ``bias`` (initialised to 0; ``bias=False`` drops it)::
 
         y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias
+
+    ``layer_norm`` below is that line written out; the module calls PyTorch's fused kernel,
+    which computes the same thing (tests/test_layers.py ties the two) in one pass over memory.
     """
 
     def __init__(self, n_embd: int, eps: float = 1e-5, bias: bool = True):
@@ -69,10 +74,8 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.n_embd, "LayerNorm")
-        mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)  # (..., 1)
-        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
-        return y if self.bias is None else y + self.bias
+        # = layer_norm(x, self.weight, self.bias, self.eps), fused into one kernel
+        return F.layer_norm(x, (self.n_embd,), self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.n_embd}, eps={self.eps}, bias={self.bias is not None}"
@@ -97,11 +100,25 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.n_embd, "RMSNorm")
-        ms = x.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
-        return x * torch.rsqrt(ms + self.eps) * self.weight
+        # = rms_norm(x, self.weight, self.eps), fused into one kernel
+        return F.rms_norm(x, (self.n_embd,), self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.n_embd}, eps={self.eps}"
+
+
+def layer_norm(x: torch.Tensor, weight, bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm written out: what ``LayerNorm`` computes (through ``F.layer_norm``)."""
+    mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
+    var = x.var(dim=-1, keepdim=True, unbiased=False)  # (..., 1): biased, divide by C
+    y = (x - mean) * torch.rsqrt(var + eps) * weight
+    return y if bias is None else y + bias
+
+
+def rms_norm(x: torch.Tensor, weight, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm written out: what ``RMSNorm`` computes (through ``F.rms_norm``)."""
+    ms = x.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
+    return x * torch.rsqrt(ms + eps) * weight
 
 
 def _make_norm(kind: str, n_embd: int, bias: bool) -> nn.Module:
@@ -138,11 +155,17 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
 
-# The MLP's activations by name.
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# The MLP's activations by name. The models call PyTorch's fused kernels, which compute
+# exactly the functions written out above (tests/test_layers.py ties each pair): one pass
+# over memory instead of a handful, which is most of an activation's cost on a CPU.
 ACTIVATIONS = {
-    "relu": relu,
-    "gelu": gelu,
-    "gelu_tanh": lambda x: gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": _gelu_tanh,
 }
 
 
@@ -218,7 +241,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.n_embd, "SwiGLU")
-        h = silu(self.c_gate(x)) * self.c_fc(x)  # (B, T, hidden)
+        h = F.silu(self.c_gate(x)) * self.c_fc(x)  # (B, T, hidden); F.silu = silu, fused
         return self.dropout(self.c_proj(h))  # (B, T, C)
 
 

@@ -384,3 +384,36 @@ def test_fused_equals_lama_path_random(B, T, H_G, causal, positional, seed):
     assert not torch.isnan(y_fast).any()
     allowed = mask & causal_mask(T) if causal else mask.expand(B, H, T, T)
     assert torch.equal(w != 0, allowed.expand(B, H, T, T))  # weight exactly where attending is allowed
+
+
+def test_kv_cache_buffer_grows_in_place_and_matches_concatenation():
+    g = torch.Generator().manual_seed(3)
+    chunks = [torch.randn(2, 3, n, 4, generator=g) for n in (5, 1, 1, 20, 1, 40)]
+    for max_len in (None, 68):
+        c = KVCache(max_len=max_len)
+        for i, t in enumerate(chunks):
+            k, v = c.update(t, -t)
+            want = torch.cat(chunks[:i + 1], dim=-2)  # (B, H_kv, T, D)
+            assert_close(k, want)
+            assert_close(v, -want)
+            assert c.length == want.shape[-2] and c.nbytes == 2 * want.nbytes
+        if max_len is not None:  # the buffer was allocated once, at max_len
+            assert c._k.shape[-2] == max_len
+    # earlier views keep their values when the cache grows (no aliasing of positions)
+    c = KVCache()
+    k0, _ = c.update(chunks[0], chunks[0])
+    snapshot = k0.clone()
+    for t in chunks[1:]:
+        c.update(t, t)
+    assert_close(k0, snapshot)
+
+
+def test_kv_cache_keeps_gradients_when_autograd_records():
+    m = _mha(16, 4)
+    x = _x(T=6).requires_grad_()
+    cache = KVCache()
+    y = torch.cat([m(x[:, :4], kv_cache=cache), m(x[:, 4:], kv_cache=cache)], dim=1)
+    y.square().sum().backward()  # would fail if the cache had written in place into saved tensors
+    x2 = x.detach().clone().requires_grad_()
+    m(x2).square().sum().backward()
+    assert_close(x.grad, x2.grad)

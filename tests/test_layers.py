@@ -48,6 +48,37 @@ def test_layernorm_matches_torch(eps, bias):
         assert ours.bias is None and sum(p.numel() for p in ours.parameters()) == C
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1.0])
+@pytest.mark.parametrize("bias", [True, False])
+def test_written_out_norms_match_torch_and_the_modules(eps, bias):
+    # The modules call the fused kernels; layer_norm and rms_norm are the same maths written
+    # out (the teaching stage). Both forward and backward must agree with PyTorch's modules.
+    g = _gen(7)
+    C = 24
+    ln, rms = nn.LayerNorm(C, eps=eps, bias=bias), nn.RMSNorm(C, eps=eps)
+    with torch.no_grad():
+        ln.weight.copy_(torch.randn(C, generator=g))
+        rms.weight.copy_(torch.randn(C, generator=g))
+        if bias:
+            ln.bias.copy_(torch.randn(C, generator=g))
+    ours_ln, ours_rms = LayerNorm(C, eps=eps, bias=bias), RMSNorm(C, eps=eps)
+    ours_ln.load_state_dict(ln.state_dict())
+    ours_rms.load_state_dict(rms.state_dict())
+    x = 3 * torch.randn(2, 5, C, generator=g) + 1.5
+    for written, module, ref in (
+        (lambda t: layers.layer_norm(t, ln.weight, ln.bias, eps), ours_ln, ln),
+        (lambda t: layers.rms_norm(t, rms.weight, eps), ours_rms, rms),
+    ):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = written(xa), ref(xb)
+        assert_close(ya, yb)
+        assert_close(module(x), ya)
+        w = torch.randn(ya.shape, generator=g)
+        (ya * w).sum().backward()
+        (yb * w).sum().backward()
+        assert_close(xa.grad, xb.grad)
+
+
 def test_layernorm_output_statistics_and_eps_matters():
     x = torch.randn(4, 7, 16, generator=_gen()) * 10 + 3
     y = LayerNorm(16)(x)
@@ -122,6 +153,19 @@ def test_relu_and_silu_match_torch():
     x = torch.randn(100, generator=_gen(4))
     assert_close(layers.relu(x), F.relu(x))
     assert_close(layers.silu(x), F.silu(x))
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu", "gelu_tanh"])
+def test_mlp_activations_are_the_written_out_functions(name):
+    # ACTIVATIONS holds PyTorch's fused kernels; they must compute the functions written out.
+    written = {"relu": layers.relu, "gelu": gelu, "gelu_tanh": lambda t: gelu(t, approximate="tanh")}[name]
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    y, y2 = layers.ACTIVATIONS[name](x), written(x2)
+    assert_close(y, y2)
+    y.sum().backward()
+    y2.sum().backward()
+    assert_close(x.grad, x2.grad)
 
 
 # --- feed-forward -------------------------------------------------------------------------------
