@@ -5,7 +5,8 @@ then LayerNorm); ``BertLayer``, a *post-LN* block (``x = LN(x + attention(x))``,
 ``x = LN(x + MLP(x))``) built from lama's own ``MultiHeadAttention`` (non-causal) and
 ``LayerNorm``/``MLP``; ``Bert``, the encoder that returns one vector per token and honours a
 padding mask; the heads as separate modules (``BertPooler``, ``BertMLMHead`` tied to the token
-embeddings) and two task models (``BertForMaskedLM``, ``BertForSequenceClassification``);
+embeddings) and two task models (``BertForMaskedLM``, with an option to predict only the masked
+positions; ``BertForSequenceClassification``, pooling the ``[CLS]`` vector or the mean of the real tokens);
 sentence embeddings by mean pooling (``mean_pool``, ``embed_sentences``); and
 ``from_pretrained(folder)`` reading a Hugging Face BERT folder (config.json + safetensors)
 through the explicit name table in ``lama.pretrained``.
@@ -278,37 +279,67 @@ class BertForMaskedLM(_Pretrained, nn.Module):
         mlm = dict(BERT_MLM_TABLE, **{"decoder.weight": (("embeddings.word_embeddings.weight",), "copy")})
         return [("bert.", bert_name_table(self.config.n_layer), True), ("mlm.", mlm, False)]
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
-        logits = self.mlm(self.bert(input_ids, token_type_ids, attention_mask))  # (B, T, V)
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, only_masked: bool = False):
+        """``(logits (B, T, V), loss)``. With ``only_masked`` (needs ``labels``) the head runs only where
+        ``labels != -100`` and ``logits`` is ``(N, V)`` for those N positions: the same loss for a
+        fraction of the cost, since the vocabulary-sized output layer dominates a small model."""
+        x = self.bert(input_ids, token_type_ids, attention_mask)  # (B, T, C)
+        if only_masked:
+            if labels is None:
+                raise ValueError("only_masked=True needs labels (the positions to predict)")
+            keep = labels != -100  # (B, T)
+            logits = self.mlm(x[keep])  # (N, V)
+            if not keep.any():  # no targets in this batch: a zero loss that still reaches every parameter
+                return logits, x.sum() * 0.0 + logits.sum()
+            return logits, F.cross_entropy(logits, labels[keep])
+        logits = self.mlm(x)  # (B, T, V)
         loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         return logits, loss
 
 
 class BertForSequenceClassification(_Pretrained, nn.Module):
-    """Encoder + pooler + dropout + linear classifier over ``n_classes`` (BERT's recipe for GLUE tasks)."""
+    """Encoder + pooling + dropout + linear classifier over ``n_classes`` (BERT's recipe for GLUE tasks).
 
-    def __init__(self, config: BertConfig, n_classes: int = 2):
+    ``pooling="cls"`` (BERT's): the ``[CLS]`` vector through ``BertPooler`` (dense + tanh).
+    ``pooling="mean"`` (sentence-transformers'): the mean of the real tokens' vectors (``mean_pool``,
+    padding excluded), no pooler layer.
+    """
+
+    def __init__(self, config: BertConfig, n_classes: int = 2, pooling: str = "cls"):
         super().__init__()
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
             raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
-        self.config = config
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.config, self.pooling = config, pooling
         self.bert = Bert(config)
-        self.pooler = BertPooler(config)
+        self.pooler = BertPooler(config) if pooling == "cls" else None
         self.drop = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.n_embd, n_classes)
-        _init(self.pooler, config.pad_token_id)
+        if self.pooler is not None:
+            _init(self.pooler, config.pad_token_id)
         _init(self.classifier, config.pad_token_id)
 
     def _parts(self):
         cls = {f"{p}": ((f"classifier.{p}",), "copy") for p in ("weight", "bias")}
-        return [("bert.", bert_name_table(self.config.n_layer), True), ("pooler.", BERT_POOLER_TABLE, False),
-                ("classifier.", cls, False)]
+        pooler = [("pooler.", BERT_POOLER_TABLE, False)] if self.pooler is not None else []
+        return [("bert.", bert_name_table(self.config.n_layer), True), *pooler, ("classifier.", cls, False)]
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
-        pooled = self.pooler(self.bert(input_ids, token_type_ids, attention_mask))  # (B, C)
-        logits = self.classifier(self.drop(pooled))  # (B, n_classes)
+    def pool(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One vector per sequence from the hidden states: ``(B, T, C) -> (B, C)``."""
+        if self.pooler is not None:
+            return self.pooler(x)  # (B, C)
+        if attention_mask is None:
+            attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)  # (B, T)
+        return mean_pool(x, attention_mask)  # (B, C)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, return_attn: bool = False):
+        """``(logits (B, n_classes), loss)``; with ``return_attn`` also the per-layer weights ``(B, H, T, T)``."""
+        out = self.bert(input_ids, token_type_ids, attention_mask, return_attn=return_attn)
+        x, attns = out if return_attn else (out, None)
+        logits = self.classifier(self.drop(self.pool(x, attention_mask)))  # (B, n_classes)
         loss = None if labels is None else F.cross_entropy(logits, labels)
-        return logits, loss
+        return (logits, loss, attns) if return_attn else (logits, loss)
 
 
 def mean_pool(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -218,3 +218,100 @@ def test_fresh_model_initialisation_and_dropout():
     m(x, labels=labels)[1].backward()
     assert all(p.grad is not None for p in m.parameters())
 
+
+
+# --- padding invariance, pooling and the classifier (the BERT chapter) ---------------------------------
+
+SMALL = BertConfig(vocab_size=60, n_embd=24, n_layer=2, n_head=3, hidden=48, block_size=20)
+
+
+def _with_extra_padding(ids, mask, extra):
+    """The same batch with ``extra`` more [PAD] columns on the right (and pad ids in them)."""
+    B = ids.shape[0]
+    pad_ids = torch.full((B, extra), SMALL.pad_token_id, dtype=torch.long)
+    return torch.cat([ids, pad_ids], 1), torch.cat([mask, torch.zeros(B, extra, dtype=torch.long)], 1)
+
+
+def _small_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, SMALL.vocab_size, (3, 9), generator=g)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    return ids.masked_fill(mask == 0, SMALL.pad_token_id), mask
+
+
+@pytest.mark.parametrize("extra", [1, 7])
+def test_padding_does_not_change_the_real_tokens_outputs(extra):
+    torch.manual_seed(0)
+    ids, mask = _small_batch()
+    ids2, mask2 = _with_extra_padding(ids, mask, extra)
+    real = mask.bool()
+    enc = _perturb(Bert(SMALL))
+    with torch.no_grad():
+        assert_close(enc(ids2, attention_mask=mask2)[:, :9][real], enc(ids, attention_mask=mask)[real],
+                     atol=1e-5, rtol=1e-5)
+        # and each row equals the row run alone, without any padding
+        for n in range(3):
+            k = int(mask[n].sum())
+            assert_close(enc(ids[n:n + 1, :k])[0], enc(ids, attention_mask=mask)[n, :k], atol=1e-5, rtol=1e-5)
+    mlm = _perturb(BertForMaskedLM(SMALL))
+    with torch.no_grad():
+        assert_close(mlm(ids2, attention_mask=mask2)[0][:, :9][real], mlm(ids, attention_mask=mask)[0][real],
+                     atol=1e-5, rtol=1e-5)
+    for pooling in ("cls", "mean"):
+        clf = _perturb(BertForSequenceClassification(SMALL, n_classes=3, pooling=pooling))
+        with torch.no_grad():
+            assert_close(clf(ids2, attention_mask=mask2)[0], clf(ids, attention_mask=mask)[0], atol=1e-5, rtol=1e-5)
+            alone = torch.cat([clf(ids[n:n + 1, :int(mask[n].sum())])[0] for n in range(3)])
+            assert_close(clf(ids, attention_mask=mask)[0], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_mask_matters():
+    """Without the mask, pad tokens are attended to and change the result: the invariance is not free."""
+    ids, mask = _small_batch()
+    enc = _perturb(Bert(SMALL))
+    with torch.no_grad():
+        assert not torch.allclose(enc(ids)[2, :3], enc(ids, attention_mask=mask)[2, :3], atol=1e-3)
+
+
+def test_mean_pooling_ignores_pads():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    pooled = mean_pool(x, mask)
+    assert_close(pooled[0], x[0, :3].mean(0))
+    assert_close(pooled[1], x[1].mean(0))
+    x2 = x.clone()
+    x2[0, 3:] = 1e6  # whatever sits at padded positions
+    assert_close(mean_pool(x2, mask), pooled)
+    clf = _perturb(BertForSequenceClassification(SMALL, pooling="mean"))
+    ids, mask = _small_batch()
+    h = clf.bert(ids, attention_mask=mask)
+    assert_close(clf.pool(h, mask), torch.stack([h[n, mask[n].bool()].mean(0) for n in range(3)]))
+
+
+def test_classifier_shapes_pooling_and_attention():
+    ids, mask = _small_batch()
+    for pooling in ("cls", "mean"):
+        clf = BertForSequenceClassification(SMALL, n_classes=5, pooling=pooling).eval()
+        logits, loss = clf(ids, attention_mask=mask, labels=torch.tensor([0, 4, 2]))
+        assert logits.shape == (3, 5) and loss.shape == () and torch.isfinite(loss)
+        logits2, none, attns = clf(ids, attention_mask=mask, return_attn=True)
+        assert none is None
+        assert_close(logits, logits2, atol=1e-6, rtol=1e-5)  # the weights come from a non-fused path
+        assert len(attns) == SMALL.n_layer and attns[0].shape == (3, SMALL.n_head, 9, 9)
+        assert (attns[-1][2, :, 0, 3:] == 0).all()  # [CLS] gives padding no attention
+    assert BertForSequenceClassification(SMALL, pooling="mean").pooler is None
+    with pytest.raises(ValueError, match="pooling must be 'cls' or 'mean', got 'max'"):
+        BertForSequenceClassification(SMALL, pooling="max")
+
+
+def test_mean_pooled_classifier_loads_minilm_without_its_pooler():
+    clf = BertForSequenceClassification.from_pretrained(MODEL_DIR, n_classes=2, pooling="mean")
+    assert clf.newly_initialized == ["classifier"]
+    tok = WordPieceTokenizer.from_file(MODEL_DIR / "vocab.txt")
+    batch = tok.batch(["a gorgeous film", "a dull, lifeless mess that never ends"])
+    with torch.no_grad():
+        h = clf.bert(**batch)
+        assert_close(clf.pool(h, batch["attention_mask"]), mean_pool(h, batch["attention_mask"]))
