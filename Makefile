@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 PORT   ?= 8000
 
-.PHONY: book test unit notebooks lab serve clean browser
+.PHONY: book test unit notebooks lab serve clean browser student
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ browser:
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium && \
 		$(CHROMIUM) --version; fi
+
+# The student edition: every notebook with its exercises' solutions replaced by stubs that the
+# checks in lama.exercises answer with "not yet" (lama/student.py); open it with 'make lab' or upload it.
+student: $(STAMP)
+	$(BIN)/python -m lama.student notebooks _build/student
+	@echo "The student edition is in $(CURDIR)/_build/student."
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
