@@ -3,6 +3,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,10 @@ from lama.attention import attention_matmul, causal_mask, merge_heads, scaled_do
 from lama.bert import mean_pool
 from lama.date_task import VOCAB, encode_pairs
 from lama.gpt import sample_next
+from lama.mlm import mask_tokens
 from lama.positional import RotaryEmbedding, SinusoidalPositionalEncoding
 from lama.tokenizers.bpe_train import merge, pair_counts
+from lama.train import lm_batches
 
 ALL_CHECKS = [c for cs in ex.CHECKS.values() for c in cs]
 
@@ -50,6 +53,66 @@ def sinusoidal_loop(T, C):
     return pe
 
 
+def mlm_bernoulli(input_ids, special_ids, mask_id, vocab_size, generator, *, select_specials=False,
+                  all_mask=False, labels_all=False, in_place=False, two_draws=False, global_rng=False,
+                  random_any=False, labels_only_masked=False, labels_corrupted=False):
+    """MLM corruption written the way Hugging Face's collator does it (Bernoulli draws: 0.8 of the selected
+    become [MASK], half of the rest random), independent of lama.mlm.mask_tokens; the flags plant mistakes."""
+    g = None if global_rng else generator
+    special = torch.as_tensor(list(special_ids))
+    p_select = torch.full(input_ids.shape, 0.15)
+    if not select_specials:
+        p_select.masked_fill_(torch.isin(input_ids, special), 0.0)
+    selected = torch.bernoulli(p_select, generator=g).bool()
+    out = input_ids if in_place else input_ids.clone()
+    labels = input_ids.clone() if labels_all else torch.where(selected, input_ids, -100)
+    masked = selected & torch.bernoulli(torch.full(input_ids.shape, 1.0 if all_mask else 0.8), generator=g).bool()
+    p_random = 0.1 if two_draws else 0.5
+    rand = selected & ~masked & torch.bernoulli(torch.full(input_ids.shape, p_random), generator=g).bool()
+    ordinary = torch.ones(vocab_size, dtype=torch.bool)
+    ordinary[special] = False
+    pool = torch.arange(vocab_size) if random_any else ordinary.nonzero().squeeze(1)
+    out[masked] = mask_id
+    out[rand] = pool[torch.randint(len(pool), (int(rand.sum()),), generator=g)]
+    if labels_only_masked:
+        labels = torch.where(masked, input_ids, -100)
+    if labels_corrupted:
+        labels = torch.where(selected, out, -100)
+    return out, labels
+
+
+def rmsnorm_grads_autograd(dy, x, w, eps):
+    """RMSNorm's (dx, dw) by autograd through the formula written out in float64 (not F.rms_norm)."""
+    xt, wt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+    y = xt / torch.sqrt(xt.pow(2).mean(-1, keepdim=True) + eps) * wt
+    dx, dw = torch.autograd.grad(y, (xt, wt), torch.tensor(dy))
+    return dx.numpy(), dw.numpy()
+
+
+def _rms_grads(mistake=None):
+    def f(dy, x, w, eps):
+        r = np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+        xhat, g = x / r, dy * w
+        dx = {"no_r": g / r, "sum": (g - xhat * (g * xhat).sum(-1, keepdims=True)) / r,
+              "layernorm": (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)) / r,
+              }.get(mistake, (g - xhat * (g * xhat).mean(-1, keepdims=True)) / r)
+        dw = {"unsummed": dy * xhat, "x": (dy * x).reshape(-1, w.size).sum(0)}.get(
+            mistake, (dy * xhat).reshape(-1, w.size).sum(0))
+        return dx, dw
+    return f
+
+
+def windows_loop(ids, T, stride, drop_last=False, unshifted=False, step=None):
+    """Training windows with a Python loop over the starts (independent of unfold); flags plant mistakes."""
+    starts = range(0, len(ids) - T - (1 if drop_last else 0), step(T, stride) if step else stride)
+    w = torch.stack([ids[s:s + T + 1] for s in starts])  # (N, T + 1)
+    return w[:, :-1], (w[:, :-1] if unshifted else w[:, 1:])
+
+
+def _mlm(**mistake):
+    return lambda ids, special, mask_id, V, g: mlm_bernoulli(ids, special, mask_id, V, g, **mistake)
+
+
 def rope_complex(x):
     """RoPE via complex multiplication of the pairs (x_k, x_{k+D/2}): independent of lama's code."""
     T, D = x.shape[-2:]
@@ -77,6 +140,9 @@ SOLUTIONS = {
     ex.check_top_k: ex.generation.top_k_filter,
     ex.check_top_p: ex.generation.top_p_filter,
     ex.check_teacher_forcing: lambda ids, bos, eos: ([bos] + ids, ids + [eos]),
+    ex.check_mlm_masking: mlm_bernoulli,
+    ex.check_rmsnorm_backward: rmsnorm_grads_autograd,
+    ex.check_lm_windows: windows_loop,
 }
 
 
@@ -308,6 +374,27 @@ PLANTED = [
     (ex.check_teacher_forcing, lambda ids, b, e: ([b] + ids + [e], [b] + ids + [e]), "shifted by one"),
     (ex.check_teacher_forcing, lambda ids, b, e: ([b] + ids, ids), "same length"),
     (ex.check_teacher_forcing, lambda ids, b, e: (ids + [e], ids + [e]), "shifted by one"),
+    (ex.check_mlm_masking, _mlm(select_specials=True), "special tokens were selected"),
+    (ex.check_mlm_masking, _mlm(all_mask=True), "all selected tokens became [MASK]"),
+    (ex.check_mlm_masking, _mlm(labels_all=True), "labels are set on every position"),
+    (ex.check_mlm_masking, _mlm(in_place=True), "start from a copy"),
+    (ex.check_mlm_masking, _mlm(two_draws=True), "second independent draw"),
+    (ex.check_mlm_masking, _mlm(global_rng=True), "draw every random number from the generator"),
+    (ex.check_mlm_masking, _mlm(random_any=True), "a random replacement is a special token"),
+    (ex.check_mlm_masking, _mlm(labels_only_masked=True), "a position you changed has label -100"),
+    (ex.check_mlm_masking, _mlm(labels_corrupted=True), "the labels hold [MASK]"),
+    (ex.check_mlm_masking, lambda ids, s, m, V, g: (ids.clone(), ids.masked_fill(torch.isin(ids, torch.as_tensor(s)), -100)),
+     "labels are set on every ordinary position"),
+    (ex.check_rmsnorm_backward, _rms_grads("no_r"), "misses the path through r"),
+    (ex.check_rmsnorm_backward, _rms_grads("sum"), "averages over C"),
+    (ex.check_rmsnorm_backward, _rms_grads("layernorm"), "LayerNorm's gradient"),
+    (ex.check_rmsnorm_backward, _rms_grads("unsummed"), "summed over every position"),
+    (ex.check_rmsnorm_backward, _rms_grads("x"), "normalised input"),
+    (ex.check_lm_windows, lambda ids, T, s: windows_loop(ids, T, s, drop_last=True), "last window is missing"),
+    (ex.check_lm_windows, lambda ids, T, s: windows_loop(ids, T, s, unshifted=True), "targets are not shifted"),
+    (ex.check_lm_windows, lambda ids, T, s: windows_loop(ids, T, s, step=lambda T, s: 1), "not every token"),
+    (ex.check_lm_windows, lambda ids, T, s: windows_loop(ids, T, s)[::-1], "swapped"),
+    (ex.check_lm_windows, lambda ids, T, s: (ids.unfold(0, T + 1, s), ids.unfold(0, T + 1, s)[:, 1:]), "first T tokens"),
 ]
 
 
@@ -339,6 +426,23 @@ def test_top_k_and_top_p_filters_match_sample_next():
     draws = sample_next(logits[:1].expand(20000, 12), top_p=0.7, generator=g)
     freq = torch.bincount(draws.flatten(), minlength=12) / 20000
     torch.testing.assert_close(freq, filtered[0], atol=0.015, rtol=0)
+
+
+def test_mlm_check_passes_lamas_mask_tokens():
+    """The chapter's own function passes, as does the independent Bernoulli version (SOLUTIONS)."""
+    result = ex.check_mlm_masking(mask_tokens, quiet=True)
+    assert result, result.message
+
+
+def test_windows_reference_is_what_lm_batches_draws():
+    ids = torch.randint(0, 500, (103,), generator=torch.Generator().manual_seed(0))
+    for T, stride in ((8, 1), (8, 8), (5, 3)):
+        x, y = ex.windows.lm_windows(ids, T, stride)
+        bx, by = lm_batches({"train": ids}, T, stride=stride)("train", 4000, torch.Generator().manual_seed(1))
+        rows = {tuple(r) for r in torch.cat([x, y[:, -1:]], 1).tolist()}
+        drawn = {tuple(r) for r in torch.cat([bx, by[:, -1:]], 1).tolist()}
+        assert drawn == rows, (T, stride)  # the same set of windows, each one drawn
+        assert torch.equal(x[:, 1:], y[:, :-1])
 
 
 def test_teacher_forcing_reference_is_encode_pairs():

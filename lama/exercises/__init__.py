@@ -24,13 +24,16 @@ assert the answer instead).
 from lama.exercises._harness import Result
 from lama.exercises.attention import (check_attention, check_causal_mask, check_kv_cache_update, check_merge_heads,
                                       check_self_attention, check_softmax, check_split_heads)
+from lama.exercises.backprop import check_rmsnorm_backward
 from lama.exercises.blocks import check_layernorm, check_mean_pool, check_rmsnorm
 from lama.exercises.generation import check_teacher_forcing, check_top_k, check_top_p
+from lama.exercises.mlm import check_mlm_masking
 from lama.exercises.positions import check_rope, check_sinusoidal
 from lama.exercises.tokens import check_merge, check_pair_counts
+from lama.exercises.windows import check_lm_windows
 
-# Chapter number -> the checks for the material of that chapter (book/teaching.md lists which
-# exercises call them; chapter 6's and check_top_k are ready but no exercise calls them yet).
+# Chapter number -> the checks for the material of that chapter (book/teaching.md lists them;
+# each is called by an exercise of its chapter).
 CHECKS = {
     1: [check_softmax, check_attention],
     2: [check_pair_counts, check_merge],
@@ -39,8 +42,11 @@ CHECKS = {
     5: [check_split_heads, check_merge_heads, check_kv_cache_update],
     6: [check_layernorm, check_rmsnorm],
     7: [check_top_k, check_top_p],
+    8: [check_lm_windows],
     9: [check_mean_pool],
+    10: [check_mlm_masking],
     11: [check_teacher_forcing],
+    14: [check_rmsnorm_backward],
 }
 
 __all__ = ["CHECKS", "Result", *sorted(f.__name__ for fs in CHECKS.values() for f in fs)]
