@@ -22,12 +22,16 @@ assert the answer instead).
 """
 
 from lama.exercises._harness import Result
+from lama.exercises.analysis import (check_frequency_norms, check_induction_score, check_kv_cache_bytes,
+                                     check_modular_addition_data, check_online_softmax, check_previous_token_score,
+                                     check_score_grad_wq)
 from lama.exercises.attention import (check_attention, check_causal_mask, check_kv_cache_update, check_merge_heads,
                                       check_self_attention, check_softmax, check_split_heads)
 from lama.exercises.backprop import check_rmsnorm_backward
 from lama.exercises.blocks import check_layernorm, check_mean_pool, check_rmsnorm
 from lama.exercises.generation import check_teacher_forcing, check_top_k, check_top_p
 from lama.exercises.mlm import check_mlm_masking
+from lama.exercises.models import check_dependencies, check_greedy_decode, check_mlm_loss, check_wordpiece
 from lama.exercises.positions import check_rope, check_sinusoidal
 from lama.exercises.tokens import check_merge, check_pair_counts
 from lama.exercises.windows import check_lm_windows
@@ -42,11 +46,14 @@ CHECKS = {
     5: [check_split_heads, check_merge_heads, check_kv_cache_update],
     6: [check_layernorm, check_rmsnorm],
     7: [check_top_k, check_top_p],
-    8: [check_lm_windows],
-    9: [check_mean_pool],
-    10: [check_mlm_masking],
-    11: [check_teacher_forcing],
-    14: [check_rmsnorm_backward],
+    8: [check_lm_windows, check_dependencies],
+    9: [check_mean_pool, check_wordpiece],
+    10: [check_mlm_masking, check_mlm_loss],
+    11: [check_teacher_forcing, check_greedy_decode],
+    12: [check_previous_token_score, check_induction_score],
+    13: [check_modular_addition_data, check_frequency_norms],
+    14: [check_rmsnorm_backward, check_online_softmax],
+    15: [check_kv_cache_bytes, check_score_grad_wq],
 }
 
 __all__ = ["CHECKS", "Result", *sorted(f.__name__ for fs in CHECKS.values() for f in fs)]
